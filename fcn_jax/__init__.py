@@ -1,0 +1,1 @@
+"""fcn-jax: Fully Convolutional Networks in JAX/Flax for abdominal CT segmentation."""
