@@ -18,3 +18,17 @@ def ircad_sample() -> pathlib.Path:
     if not (IRCAD_SAMPLE / '3Dircadb1').is_dir():
         pytest.skip(f'real IRCAD sample not found at {IRCAD_SAMPLE}')
     return IRCAD_SAMPLE
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory) -> str:
+    """TFDS data dir holding `ircad/phantom_tiny`: 3 phantom patients of 6 slices of 64x64,
+    kidneys annotated for patients 1 and 3."""
+    import tensorflow_datasets as tfds
+    from fcn_jax.datasets.ircad import IrcadConfig
+
+    path = str(tmp_path_factory.mktemp('tfds'))
+    config = IrcadConfig(name='phantom_tiny', source='phantom', image_size=64, num_patients=3,
+                         num_slices=6, kidney_patients=(1, 3))
+    tfds.builder('ircad', config=config, data_dir=path).download_and_prepare()
+    return path

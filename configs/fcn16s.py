@@ -1,0 +1,14 @@
+"""FCN-16s on the real IRCAD data at paper size (VGG16 widths, 512x512 slices).
+
+Build the data first (see README), then:
+
+  python main.py --config configs/fcn16s.py --workdir runs/fcn16s
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = 'fcn16s'
+    return config

@@ -1,0 +1,14 @@
+"""FCN-8s on the real IRCAD data at paper size (VGG16 widths, 512x512 slices).
+
+Build the data first (see README), then:
+
+  python main.py --config configs/fcn8s.py --workdir runs/fcn8s
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = 'fcn8s'
+    return config

@@ -1,0 +1,134 @@
+"""Training end to end on the tiny phantom with 2 host devices: summaries, checkpoints, resume."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import quickstart
+from fcn_jax import config_checks, input_pipeline, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ALL = 'patient_1+patient_2+patient_3'
+
+
+def tiny_config(data_dir, **overrides):
+    config = quickstart.get_config()
+    config.update(dict(
+        dataset='ircad/phantom_tiny', data_dir=data_dir, train_split='patient_1+patient_2',
+        eval_split='patient_3', image_size=64, width_multiplier=0.0625, batch_size=4,
+        num_train_steps=4, log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=2,
+        warmup_steps=1, shuffle_buffer=16, num_image_summaries=2, schedule='constant'))
+    config.update(overrides)
+    return config
+
+
+def scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+    acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={'tensors': 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()['tensors']:
+        values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        out[tag] = values
+    return out
+
+
+def test_two_devices():
+    assert jax.local_device_count() == 2
+
+
+def test_train_and_evaluate(tiny_data_dir, tmp_path):
+    state = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path))
+    assert int(state.step) == 4
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4']
+    assert [p.name for p in (tmp_path / 'best').iterdir()] == ['4']
+    saved = json.loads((tmp_path / 'config.json').read_text())
+    assert saved['model'] == 'fcn8s' and saved['image_size'] == 64
+    tags = scalars(tmp_path)
+    expected = {'train/loss', 'train/learning_rate', 'train/steps_per_sec', 'eval/loss',
+                'eval/pixel_accuracy', 'eval/mean_iou', 'eval/overlays'}
+    expected |= {f'eval/{m}_{c}' for m in ('iou', 'dice') for c in ('liver', 'bone', 'kidney')}
+    assert expected <= set(tags)
+    assert [step for step, _ in tags['train/loss']] == [2, 4]
+    assert [step for step, _ in tags['eval/mean_iou']] == [4]
+    assert all(np.isfinite(float(v)) for _, v in tags['train/loss'])
+    assert 0 <= float(tags['eval/pixel_accuracy'][0][1]) <= 1
+    assert len(tags['eval/overlays'][0][1]) == 2 + 2  # width, height, then the 2 PNGs
+
+
+def _params(state):
+    return jax.tree_util.tree_leaves(jax.device_get(state.params))
+
+
+def test_resume_continues_at_the_saved_step_with_equal_params(tiny_data_dir, tmp_path):
+    straight = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'a'))
+    first = train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=2),
+                                     str(tmp_path / 'b'))
+    assert int(first.step) == 2
+    resumed = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'b'))
+    assert int(resumed.step) == 4
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    losses = scalars(tmp_path / 'b')['train/loss']
+    assert [step for step, _ in losses] == [2, 4]
+
+
+def test_batch_norm_and_half_precision_train(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir, batch_norm=True, half_precision=True, num_train_steps=2,
+                         eval_every_steps=2, augment='strong', loss='ce_dice')
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert state.batch_stats is not None
+    leaves = jax.tree_util.tree_leaves(state.params)
+    assert all(leaf.dtype == np.float32 for leaf in leaves)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(model='fcn7s'), "config.model='fcn7s': choose one of fcn32s, fcn16s, fcn8s"),
+    (dict(image_size=100), 'config.image_size=100: must be a multiple of 32'),
+    (dict(batch_size=3), 'config.batch_size=3 is not divisible by the 2 devices'),
+    (dict(init_from='/nonexistent/vgg16.safetensors', width_multiplier=1.0),
+     'config.init_from: '),
+    (dict(optimizer='rmsprop'), "config.optimizer='rmsprop': choose one of adam, sgd"),
+])
+def test_bad_config(tiny_data_dir, tmp_path, overrides, message):
+    with pytest.raises(config_checks.ConfigError, match='^' + message.replace('(', r'\(')):
+        train.train_and_evaluate(tiny_config(tiny_data_dir, **overrides), str(tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing written before the check
+
+
+def test_bad_split(tiny_data_dir, tmp_path):
+    with pytest.raises(input_pipeline.DatasetError, match="split 'patient_99'"):
+        train.train_and_evaluate(tiny_config(tiny_data_dir, eval_split='patient_99'),
+                                 str(tmp_path))
+
+
+def _main(*args):
+    return subprocess.run([sys.executable, str(REPO / 'main.py'), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_main_reports_bad_input_in_one_line(tiny_data_dir, tmp_path):
+    result = _main('--config', str(REPO / 'configs/quickstart.py'), '--workdir', str(tmp_path),
+                   f'--config.data_dir={tiny_data_dir}', '--config.dataset=ircad/phantom_tiny',
+                   '--config.train_split=patient_1', '--config.eval_split=patient_1',
+                   '--config.image_size=96', '--config.model=fcn99s')
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ERROR: config.model='fcn99s': choose one of fcn32s, fcn16s, fcn8s")
+
+
+def test_main_iter_prints_a_batch(tiny_data_dir, tmp_path):
+    result = _main('--config', str(REPO / 'configs/quickstart.py'), '--workdir', str(tmp_path),
+                   '--mode', 'iter', f'--config.data_dir={tiny_data_dir}',
+                   '--config.dataset=ircad/phantom_tiny', f'--config.train_split={ALL}',
+                   f'--config.eval_split={ALL}', '--config.image_size=64')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'image' in result.stdout and 'float32' in result.stdout
+    assert 'liver' in result.stdout and 'kidney' in result.stdout
