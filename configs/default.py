@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 512  # slices are resized to image_size x image_size; multiple of 32
     config.hu_window = (-100.0, 400.0)  # HU clipped to this window, then scaled to [0, 1]
     config.input_channels = 1  # 1, or 3 with the slice replicated (for RGB-pretrained weights)
-    config.augment = 'flips'  # none | flips | strong
+    config.augment = 'none'  # none | flips | strong (both flip left-right: see README)
     config.shuffle_buffer = 1024
     config.prefetch = 2  # batches prefetched to the devices
 
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.momentum = 0.9  # sgd only
     config.weight_decay = 0.0  # decoupled (AdamW) for adam, L2 for sgd
     config.schedule = 'cosine'  # cosine | constant (both after a linear warmup)
-    config.warmup_steps = 500
+    config.warmup_fraction = 0.05  # linear warmup over this fraction of num_train_steps
     config.batch_size = 8  # global, over all devices and hosts
     config.num_train_steps = 20_000
     config.loss = 'ce'  # ce | ce_dice

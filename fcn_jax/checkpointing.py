@@ -5,11 +5,16 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete,
 so a run killed at any moment resumes from its last complete checkpoint.
+
+The state is saved and restored as host numpy arrays: the pmapped steps keep it
+replicated on the local devices, and on several hosts every process holds a full
+copy, which orbax writes once.
 """
 
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -27,14 +32,17 @@ class Checkpoints:
             os.path.join(workdir, 'best'),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m['mean_dice'], best_mode='max',
-                keep_checkpoints_without_metrics=False))
+                keep_checkpoints_without_metrics=False,
+                # Both managers may save the same step: keep their multi-host barriers apart.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix='best')))
 
     def restore_latest(self, state: Any) -> Any:
         """The latest complete checkpoint restored into `state`'s structure, or `state` itself."""
         step = self.latest.latest_step()
         if step is None:
             return state
-        return self.latest.restore(step, args=ocp.args.StandardRestore(state))
+        return self.latest.restore(step, args=ocp.args.StandardRestore(jax.device_get(state)))
 
     def restore(self, state: Any, which: str = 'best') -> Any:
         """`which`: 'latest', 'best' or a step number (of the latest checkpoints)."""
@@ -51,15 +59,16 @@ class Checkpoints:
                 raise FileNotFoundError(f'no checkpoint at step {step}; have {self.latest.all_steps()}')
         if step is None:
             raise FileNotFoundError('no checkpoint in the workdir')
-        return manager.restore(step, args=ocp.args.StandardRestore(state))
+        return manager.restore(step, args=ocp.args.StandardRestore(jax.device_get(state)))
 
     def save(self, step: int, state: Any, *, force: bool = False) -> None:
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=force)
+        self.latest.save(step, args=ocp.args.StandardSave(jax.device_get(state)), force=force)
 
     def save_if_best(self, step: int, state: Any, mean_dice: float) -> None:
         """Keeps `state` in best/ when its eval mean Dice beats the best so far (NaN never does)."""
         if mean_dice == mean_dice:
-            self.best.save(step, args=ocp.args.StandardSave(state), metrics={'mean_dice': mean_dice})
+            self.best.save(step, args=ocp.args.StandardSave(jax.device_get(state)),
+                           metrics={'mean_dice': mean_dice})
 
     def close(self) -> None:
         self.latest.wait_until_finished()

@@ -54,8 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'config.dropout_rate={config.dropout_rate}: must be in [0, 1)')
     if not config.learning_rate > 0:
         raise ConfigError(f'config.learning_rate={config.learning_rate}: must be > 0')
-    if config.warmup_steps < 0 or config.profile_steps < 0 or config.num_image_summaries < 0:
-        raise ConfigError('config.warmup_steps, profile_steps and num_image_summaries must be >= 0')
+    if not 0 <= config.warmup_fraction < 1:
+        raise ConfigError(f'config.warmup_fraction={config.warmup_fraction}: must be in [0, 1)')
+    if config.profile_steps < 0 or config.num_image_summaries < 0:
+        raise ConfigError('config.profile_steps and num_image_summaries must be >= 0')
     if config.init_from:
         if config.width_multiplier != 1.0:
             raise ConfigError(f'config.init_from needs width_multiplier=1.0 (VGG16 widths), '

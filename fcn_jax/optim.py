@@ -5,8 +5,9 @@ import optax
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate`, then cosine decay to 0 or constant."""
-    warmup = min(config.warmup_steps, config.num_train_steps)
+    """Linear warmup from 0 to `learning_rate` over `warmup_fraction` of the steps, then cosine
+    decay to 0 or constant."""
+    warmup = int(round(config.warmup_fraction * config.num_train_steps))
     if config.schedule == 'cosine':
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,

@@ -1,6 +1,7 @@
 """CT slices drawn with coloured organ overlays, for TensorBoard and prediction PNGs."""
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 # RGB per class id: background none, liver red, bone yellow, kidney green.
 CLASS_COLORS = np.array([(0, 0, 0), (235, 64, 52), (250, 215, 60), (60, 200, 90)], np.uint8)
@@ -27,11 +28,25 @@ def overlay(gray: np.ndarray, classes: np.ndarray, *, alpha: float = 0.3) -> np.
     return out.astype(np.uint8)
 
 
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """`image` with `text` written in its top-left corner."""
+    canvas = Image.fromarray(image)
+    ImageDraw.Draw(canvas).text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
 def side_by_side(gray: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray,
-                 *, gap: int = 4) -> np.ndarray:
-    """[ground truth | prediction] overlays (prediction alone when `truth` is None)."""
-    panels = [overlay(gray, prediction)]
-    if truth is not None:
-        spacer = np.full((gray.shape[0], gap, 3), 255, np.uint8)
-        panels = [overlay(gray, truth), spacer, panels[0]]
-    return np.concatenate(panels, axis=1)
+                 *, gap: int = 4, scale: int = 1) -> np.ndarray:
+    """[ground truth | prediction] overlays, captioned (prediction alone when `truth` is None).
+
+    `scale` enlarges the panels (nearest neighbour) before the captions are written.
+    """
+    def panel(classes: np.ndarray, text: str) -> np.ndarray:
+        image = overlay(gray, classes).repeat(scale, axis=0).repeat(scale, axis=1)
+        return caption(image, text)
+
+    if truth is None:
+        return panel(prediction, 'prediction')
+    spacer = np.full((gray.shape[0] * scale, gap, 3), 255, np.uint8)
+    return np.concatenate([panel(truth, 'ground truth'), spacer, panel(prediction, 'prediction')],
+                          axis=1)

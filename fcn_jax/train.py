@@ -137,14 +137,13 @@ def evaluate(state: TrainState, config: ml_collections.ConfigDict, p_eval, p_pre
         seen += len(valid)
         if picked:
             predictions = np.asarray(p_predict(state, batch['image']))
+            scale = max(1, -(-256 // config.image_size))
             for d, b in picked:
                 images.append(overlays.side_by_side(
-                    batch['image'][d, b, ..., 0], batch['mask'][d, b], predictions[d, b]))
+                    batch['image'][d, b, ..., 0], batch['mask'][d, b], predictions[d, b],
+                    scale=scale))
     summary = metrics.summarize(collected.compute())
-    if not images:
-        return summary, None
-    scale = max(1, -(-256 // images[0].shape[0]))
-    return summary, np.stack(images).repeat(scale, axis=1).repeat(scale, axis=2)
+    return summary, (np.stack(images) if images else None)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

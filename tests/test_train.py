@@ -4,6 +4,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import quickstart
-from fcn_jax import config_checks, input_pipeline, train
+from fcn_jax import config_checks, input_pipeline, modes, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ALL = 'patient_1+patient_2+patient_3'
@@ -24,7 +25,7 @@ def tiny_config(data_dir, **overrides):
         dataset='ircad/phantom_tiny', data_dir=data_dir, train_split='patient_1+patient_2',
         eval_split='patient_3', image_size=64, width_multiplier=0.0625, batch_size=4,
         num_train_steps=4, log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=2,
-        warmup_steps=1, shuffle_buffer=16, num_image_summaries=2, schedule='constant'))
+        warmup_fraction=0.0, shuffle_buffer=16, num_image_summaries=2, schedule='constant'))
     config.update(overrides)
     return config
 
@@ -43,14 +44,21 @@ def test_two_devices():
     assert jax.local_device_count() == 2
 
 
-def test_train_and_evaluate(tiny_data_dir, tmp_path):
-    state = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path))
+@pytest.fixture(scope='module')
+def trained(tiny_data_dir, tmp_path_factory):
+    """A 4-step run: (final state, workdir)."""
+    workdir = tmp_path_factory.mktemp('trained')
+    return train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir)), workdir
+
+
+def test_train_and_evaluate(trained):
+    state, workdir = trained
     assert int(state.step) == 4
-    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4']
-    assert [p.name for p in (tmp_path / 'best').iterdir()] == ['4']
-    saved = json.loads((tmp_path / 'config.json').read_text())
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
+    assert [p.name for p in (workdir / 'best').iterdir()] == ['4']
+    saved = json.loads((workdir / 'config.json').read_text())
     assert saved['model'] == 'fcn8s' and saved['image_size'] == 64
-    tags = scalars(tmp_path)
+    tags = scalars(workdir)
     expected = {'train/loss', 'train/learning_rate', 'train/steps_per_sec', 'eval/loss',
                 'eval/pixel_accuracy', 'eval/mean_iou', 'eval/overlays'}
     expected |= {f'eval/{m}_{c}' for m in ('iou', 'dice') for c in ('liver', 'bone', 'kidney')}
@@ -66,17 +74,26 @@ def _params(state):
     return jax.tree_util.tree_leaves(jax.device_get(state.params))
 
 
-def test_resume_continues_at_the_saved_step_with_equal_params(tiny_data_dir, tmp_path):
-    straight = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'a'))
-    first = train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=2),
-                                     str(tmp_path / 'b'))
+def test_resume_continues_at_the_saved_step_with_equal_params(trained, tiny_data_dir, tmp_path):
+    straight, _ = trained
+    first = train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=2), str(tmp_path))
     assert int(first.step) == 2
-    resumed = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'b'))
+    resumed = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path))
     assert int(resumed.step) == 4
     for a, b in zip(_params(straight), _params(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    losses = scalars(tmp_path / 'b')['train/loss']
+    losses = scalars(tmp_path)['train/loss']
     assert [step for step, _ in losses] == [2, 4]
+
+
+def test_evaluate_mode_matches_the_eval_during_training(trained, tiny_data_dir, capsys):
+    _, workdir = trained
+    logged = {tag: float(values[-1][1]) for tag, values in scalars(workdir).items()
+              if tag.startswith('eval/') and tag != 'eval/overlays'}
+    summary = modes.run_evaluate(tiny_config(tiny_data_dir), str(workdir), checkpoint='latest')
+    assert 'step 4' in capsys.readouterr().out
+    for key, value in summary.items():
+        np.testing.assert_allclose(value, logged[f'eval/{key}'], rtol=1e-5, err_msg=key)
 
 
 def test_batch_norm_and_half_precision_train(tiny_data_dir, tmp_path):
@@ -132,3 +149,37 @@ def test_main_iter_prints_a_batch(tiny_data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'image' in result.stdout and 'float32' in result.stdout
     assert 'liver' in result.stdout and 'kidney' in result.stdout
+
+
+def test_evaluate_mode_without_checkpoint(tiny_data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        modes.run_evaluate(tiny_config(tiny_data_dir), str(tmp_path / 'empty'))
+
+
+def test_killed_run_resumes_from_its_last_complete_checkpoint(tiny_data_dir, tmp_path):
+    common = ['--config', str(REPO / 'configs/quickstart.py'), '--workdir', str(tmp_path),
+              f'--config.data_dir={tiny_data_dir}', '--config.dataset=ircad/phantom_tiny',
+              '--config.train_split=patient_1+patient_2', '--config.eval_split=patient_3',
+              '--config.image_size=64', '--config.width_multiplier=0.0625',
+              '--config.batch_size=4', '--config.checkpoint_every_steps=2',
+              '--config.log_every_steps=2']
+    runner = subprocess.Popen([sys.executable, str(REPO / 'main.py'), *common,
+                               '--config.num_train_steps=100000',
+                               '--config.eval_every_steps=100000'],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    checkpoints = tmp_path / 'checkpoints'
+    try:
+        for _ in range(1200):  # wait until two complete checkpoints exist, then kill -9
+            done = [p for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
+            if len(done) >= 2 or runner.poll() is not None:
+                break
+            time.sleep(0.25)
+    finally:
+        runner.kill()
+        runner.wait()
+    last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    result = _main(*common, f'--config.num_train_steps={last + 2}',
+                   f'--config.eval_every_steps={last + 2}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'Resuming from step {last} of {last + 2}' in result.stderr
+    assert str(last + 2) in [p.name for p in checkpoints.iterdir()]
