@@ -4,6 +4,8 @@
   python main.py --config configs/fcn8s.py --workdir runs/fcn8s
   python main.py --config configs/fcn8s.py --workdir runs/fcn8s --mode evaluate
   python main.py --config configs/quickstart.py --workdir runs/quickstart --mode iter
+  python main.py --config configs/fcn8s.py --workdir runs/fcn8s --mode predict \
+      --input patient/PATIENT_DICOM --output predictions/patient
 
 Config values can be overridden: `--config.image_size=256 --config.batch_size=4`.
 """
@@ -18,10 +20,15 @@ from fcn_jax import cli_errors, modes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, TensorBoard summaries and config.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'iter'],
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'iter'],
                   'train: train and evaluate (resumes from the latest checkpoint); '
-                  'evaluate: evaluate a checkpoint; iter: print one input batch.')
-flags.DEFINE_string('checkpoint', 'best', 'evaluate: `latest`, `best` or a step number.')
+                  'evaluate: per-patient volume metrics of a checkpoint; '
+                  'predict: segment a CT series; iter: print one input batch.')
+flags.DEFINE_string('checkpoint', 'best', 'evaluate/predict: `latest`, `best` or a step number.')
+flags.DEFINE_string('input', None, 'predict: a folder or zip with one CT series, or an IRCAD '
+                    'patient folder.')
+flags.DEFINE_string('output', None, 'predict: output folder (masks, overlays, summary.json).')
+flags.DEFINE_bool('overwrite', False, 'predict: replace an existing output folder.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-host: address:port of process 0 (jax.distributed.initialize).')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
@@ -48,6 +55,13 @@ def main(argv):
             modes.run_train(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == 'evaluate':
             modes.run_evaluate(FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+        elif FLAGS.mode == 'predict':
+            if not FLAGS.input or not FLAGS.output:
+                raise app.UsageError('--mode=predict needs --input and --output', exitcode=2)
+            modes.run_predict(FLAGS.config, FLAGS.workdir, input_path=FLAGS.input,
+                              output=FLAGS.output, overwrite=FLAGS.overwrite,
+                              checkpoint=FLAGS.checkpoint,
+                              config_name=config_flags.get_config_filename(FLAGS['config']))
         else:
             modes.run_iter(FLAGS.config)
 

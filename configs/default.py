@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.class_weights = (1.0, 1.0, 1.0, 1.0)  # background, liver, bone, kidney
     config.dice_weight = 1.0  # ce_dice only
 
+    # Inference (`--mode=evaluate` and `--mode=predict`); may differ from training.
+    config.tta = False  # average predictions over left-right and up-down flips
+    config.lcc = False  # keep the largest connected component (liver) / two (kidneys)
+    config.surface_metrics = True  # ASSD and HD95 in --mode=evaluate (the slower metrics)
+
     # Loop: logging, evaluation and checkpoints.
     config.log_every_steps = 50
     config.eval_every_steps = 1000

@@ -3,11 +3,11 @@
 import contextlib
 import sys
 
-from fcn_jax import config_checks, input_pipeline
+from fcn_jax import config_checks, input_pipeline, predict
 from fcn_jax.datasets.ircad import DataError
 
 USER_ERRORS = (config_checks.ConfigError, DataError, input_pipeline.DatasetError,
-               FileNotFoundError)
+               predict.OutputError, FileNotFoundError)
 
 
 @contextlib.contextmanager

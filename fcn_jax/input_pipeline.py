@@ -186,30 +186,40 @@ def _hu_window(config: ml_collections.ConfigDict) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def preprocess(example: dict[str, tf.Tensor],
-               config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
-    """One decoded slice -> `image` float32 [S, S, C] in [0, 1], `mask` int32 [S, S], `labelled`.
+def preprocess_image(hu: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
+    """HU slice [H, W, 1] -> float32 [S, S, C] in [0, 1], S = `image_size`.
 
-    The HU image is clipped to `hu_window` and scaled to [0, 1], then resized to
-    `image_size` (bilinear, antialiased when shrinking); the mask is resized with
-    nearest neighbour, so it only holds class ids of the source.
+    The HU image is clipped to `hu_window`, scaled to [0, 1] and resized (bilinear,
+    antialiased when shrinking); C = `input_channels` (the slice replicated).
     """
     size = config.image_size
     low, high = _hu_window(config)
-    image = tf.cast(example['image'], tf.float32)
+    image = tf.cast(hu, tf.float32)
     image = (tf.clip_by_value(image, low, high) - low) / (high - low)
-    mask = example['mask']
     source_size = image.shape[0]
     if (image.shape[0], image.shape[1]) != (size, size):
         image = tf.image.resize(image, (size, size), method='bilinear',
                                 antialias=source_size is None or size < source_size)
         image = tf.clip_by_value(image, 0.0, 1.0)
-        mask = tf.image.resize(mask, (size, size), method='nearest')
     image = tf.ensure_shape(image, (size, size, 1))
     if config.get('input_channels', 1) == 3:
         image = tf.tile(image, (1, 1, 3))
+    return image
+
+
+def preprocess(example: dict[str, tf.Tensor],
+               config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+    """One decoded slice -> `image` float32 [S, S, C] in [0, 1], `mask` int32 [S, S], `labelled`.
+
+    The mask is resized with nearest neighbour, so it only holds class ids of the source.
+    """
+    size = config.image_size
+    mask = example['mask']
+    if (mask.shape[0], mask.shape[1]) != (size, size):
+        mask = tf.image.resize(mask, (size, size), method='nearest')
     mask = tf.cast(tf.ensure_shape(mask, (size, size, 1))[..., 0], tf.int32)
-    return {'image': image, 'mask': mask, 'labelled': tf.cast(example['labelled_classes'], tf.bool)}
+    return {'image': preprocess_image(example['image'], config), 'mask': mask,
+            'labelled': tf.cast(example['labelled_classes'], tf.bool)}
 
 
 def _records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:

@@ -1,29 +1,26 @@
-"""What `main.py --mode` runs: train, evaluate, iter."""
+"""What `main.py --mode` runs: train, evaluate, predict, iter."""
 
-import jax
 import ml_collections
 
-from fcn_jax import checkpointing, config_checks, input_pipeline, train
+from fcn_jax import config_checks, input_pipeline, predict, train, volume_eval
 
 
 def run_train(config: ml_collections.ConfigDict, workdir: str) -> None:
     train.train_and_evaluate(config, workdir)
 
 
-def run_evaluate(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str = 'best') -> dict:
-    """Evaluates a checkpoint of `workdir` on `config.eval_split`; prints and returns the metrics."""
-    config_checks.validate(config)
-    input_pipeline.load_builder(config)
-    model = train.create_model(config)
-    state = train.create_train_state(jax.random.PRNGKey(config.seed), config, model)
-    checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints, create=False)
-    state = checkpoints.restore(state, checkpoint)
-    _, p_eval, p_predict = train.pmapped_steps(config)
-    summary, _ = train.evaluate(state, config, p_eval, p_predict)
-    print(f'step {int(state.step)}, split {config.eval_split}:')
-    for key, value in summary.items():
-        print(f'  {key:<16} {value:.4f}')
-    return summary
+def run_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                 checkpoint: str = 'best') -> dict:
+    """Per-patient volume metrics of a checkpoint (see `fcn_jax.volume_eval`)."""
+    return volume_eval.run(config, workdir, checkpoint=checkpoint)
+
+
+def run_predict(config: ml_collections.ConfigDict, workdir: str, *, input_path: str,
+                output: str, overwrite: bool = False, checkpoint: str = 'best',
+                config_name: str = '') -> dict:
+    """Segments one CT series (see `fcn_jax.predict`)."""
+    return predict.run(config, workdir, input_path=input_path, output=output,
+                       overwrite=overwrite, checkpoint=checkpoint, config_name=config_name)
 
 
 def run_iter(config: ml_collections.ConfigDict) -> None:
@@ -32,4 +29,3 @@ def run_iter(config: ml_collections.ConfigDict) -> None:
     input_pipeline.load_builder(config)
     batch = next(iter(input_pipeline.train_iterator(config)))
     print(input_pipeline.describe_batch(batch))
-

@@ -3,6 +3,9 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
+# Display window for abdominal CT (W400/L40), in HU.
+ABDOMEN_WINDOW = (-160.0, 240.0)
+
 # RGB per class id: background none, liver red, bone yellow, kidney green.
 CLASS_COLORS = np.array([(0, 0, 0), (235, 64, 52), (250, 215, 60), (60, 200, 90)], np.uint8)
 

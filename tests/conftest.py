@@ -38,3 +38,26 @@ def tiny_data_dir(tmp_path_factory) -> str:
                          num_slices=6, kidney_patients=(1, 3))
     tfds.builder('ircad', config=config, data_dir=path).download_and_prepare()
     return path
+
+
+def tiny_config(data_dir, **overrides):
+    """The quickstart config shrunk to the tiny phantom: 4 steps of a 1/16-width FCN-8s at 64 px."""
+    from configs import quickstart
+
+    config = quickstart.get_config()
+    config.update(dict(
+        dataset='ircad/phantom_tiny', data_dir=data_dir, train_split='patient_1+patient_2',
+        eval_split='patient_3', image_size=64, width_multiplier=0.0625, batch_size=4,
+        num_train_steps=4, log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=2,
+        warmup_fraction=0.0, shuffle_buffer=16, num_image_summaries=2, schedule='constant'))
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope='session')
+def trained(tiny_data_dir, tmp_path_factory):
+    """A finished 4-step run on the tiny phantom: (final state, workdir)."""
+    from fcn_jax import train
+
+    workdir = tmp_path_factory.mktemp('trained')
+    return train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir)), workdir
