@@ -21,11 +21,10 @@ import pathlib
 import numpy as np
 import pydicom
 
-from .datasets.ircad import dicom_series, labels
-from .datasets.ircad.archive import CT_FOLDER, MASKS_FOLDER, PatientSource, Tree, _open_zip
-from .datasets.ircad.dicom_series import SliceGeometry
-from .datasets.ircad.errors import DataError
-from .datasets.ircad.patient import _organ_files
+from fcn_jax.datasets.ircad import dicom_series, labels, patient
+from fcn_jax.datasets.ircad.archive import CT_FOLDER, MASKS_FOLDER, PatientSource, Tree, open_zip
+from fcn_jax.datasets.ircad.dicom_series import SliceGeometry
+from fcn_jax.datasets.ircad.errors import DataError
 
 # DICOM media directories list the files of a CD; they are not slices.
 _SKIPPED_NAMES = frozenset({'DICOMDIR'})
@@ -75,7 +74,7 @@ def _tree(path: pathlib.Path, stack: contextlib.ExitStack) -> Tree:
     """Files under a folder, or inside a zip file, with paths relative to it."""
     if path.is_dir():
         return Tree.from_dir(path).sub(path.name)
-    zf = stack.enter_context(_open_zip(path, str(path)))
+    zf = stack.enter_context(open_zip(path, str(path)))
     return Tree.from_zip(zf, str(path))
 
 
@@ -137,28 +136,14 @@ def _truth(masks: Tree, ordered: list[SliceGeometry], names: list[str],
     Organ folders are combined as in the dataset (`labels.folders_by_class`, `labels.compose`);
     mask slices are matched to CT slices by file name.
     """
-    organs = _organ_files(masks)
+    organs = patient.organ_files(masks)
     if not organs:
         raise DataError(f'{masks.label}: no organ mask folders')
     grouped = labels.folders_by_class(organs)
     truth = np.zeros((len(names), *shape), np.uint8)
     for k, (geometry, name) in enumerate(zip(ordered, names)):
-        base = name.rpartition('/')[2]
-        class_masks = {}
-        for class_id, folders in grouped.items():
-            union = np.zeros(shape, bool)
-            for folder in folders:
-                path = organs[folder].get(base)
-                if path is None:
-                    raise DataError(f'{masks.label}/{folder}/{base}: mask slice missing '
-                                    f'for CT slice {geometry.name}')
-                mask = dicom_series.read_mask(masks.read(path), f'{masks.label}/{path}')
-                if mask.shape != shape:
-                    raise DataError(f'{masks.label}/{path}: mask is {mask.shape[0]}x{mask.shape[1]}, '
-                                    f'its CT slice is {shape[0]}x{shape[1]}')
-                union |= mask
-            class_masks[class_id] = union
-        truth[k] = labels.compose(class_masks, shape)
+        truth[k] = patient.slice_label(masks, organs, grouped, name.rpartition('/')[2], shape,
+                                       geometry.name)
     return truth, labels.labelled_classes(grouped)
 
 

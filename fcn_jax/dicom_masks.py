@@ -29,8 +29,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from .ct_series import CtSeries
-from .datasets.ircad.archive import MASKS_FOLDER
+from fcn_jax.ct_series import CtSeries
+from fcn_jax.datasets.ircad.archive import MASKS_FOLDER
 
 ORGANS: Mapping[int, str] = types.MappingProxyType({1: 'liver', 2: 'bone', 3: 'kidney'})
 

@@ -74,7 +74,7 @@ class Tree:
         return cls(label, files)
 
 
-def _open_zip(source, label: str) -> zipfile.ZipFile:
+def open_zip(source, label: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
@@ -100,7 +100,7 @@ class PatientSource:
             return extracted
         if f'{base}.zip' in self.tree.files:
             data = self.tree.read(f'{base}.zip')  # bytes of the inner zip, kept in memory
-            zf = stack.enter_context(_open_zip(io.BytesIO(data), f'{self.tree.label}/{base}.zip'))
+            zf = stack.enter_context(open_zip(io.BytesIO(data), f'{self.tree.label}/{base}.zip'))
             inner = Tree.from_zip(zf, f'{self.tree.label}/{base}.zip')
             # Members are `PATIENT_DICOM/image_0` in the official zips; accept them without the folder too.
             nested = inner.sub(folder)
@@ -143,7 +143,7 @@ def find_patients(root: os.PathLike | str, stack: contextlib.ExitStack) -> list[
     if not root.exists():
         raise DataError(f'{root}: does not exist')
     if root.is_file():
-        trees = [Tree.from_zip(stack.enter_context(_open_zip(root, str(root))), str(root))]
+        trees = [Tree.from_zip(stack.enter_context(open_zip(root, str(root))), str(root))]
     else:
         disk = Tree.from_dir(root)
         trees = [disk]
@@ -151,7 +151,7 @@ def find_patients(root: os.PathLike | str, stack: contextlib.ExitStack) -> list[
             name = path.rpartition('/')[2]
             full = root.parent / path
             if name not in _INNER_ZIPS and zipfile.is_zipfile(full):
-                zf = stack.enter_context(_open_zip(full, str(full)))
+                zf = stack.enter_context(open_zip(full, str(full)))
                 trees.append(Tree.from_zip(zf, str(full)))
     patients: dict[int, PatientSource] = {}
     for tree in trees:

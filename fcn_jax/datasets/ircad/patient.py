@@ -21,7 +21,7 @@ def _ct_slices(ct: Tree) -> list[dicom_series.SliceGeometry]:
     return dicom_series.sort_slices(slices, what)
 
 
-def _organ_files(masks: Tree) -> dict[str, dict[str, str]]:
+def organ_files(masks: Tree) -> dict[str, dict[str, str]]:
     """Organ folder -> {slice file name -> path in the masks tree}."""
     organs: dict[str, dict[str, str]] = {}
     for path in masks.files:
@@ -29,6 +29,30 @@ def _organ_files(masks: Tree) -> dict[str, dict[str, str]]:
         if organ and '/' not in organ:
             organs.setdefault(organ, {})[name] = path
     return organs
+
+
+def slice_label(masks: Tree, organs: dict[str, dict[str, str]], grouped: dict[int, list[str]],
+                name: str, shape: tuple[int, int], ct_name: str) -> np.ndarray:
+    """Class-id map (uint8 [H, W]) of the CT slice file `name` from its organ mask files.
+
+    `organs` is `organ_files(masks)`, `grouped` is `labels.folders_by_class(organs)`.
+    Raises DataError for a missing mask slice or one of another shape than the CT slice.
+    """
+    class_masks = {}
+    for class_id, folders in grouped.items():
+        union = np.zeros(shape, bool)
+        for folder in folders:
+            path = organs[folder].get(name)
+            if path is None:
+                raise DataError(f'{masks.label}/{folder}/{name}: mask slice missing '
+                                f'for CT slice {ct_name}')
+            mask = dicom_series.read_mask(masks.read(path), f'{masks.label}/{path}')
+            if mask.shape != shape:
+                raise DataError(f'{masks.label}/{path}: mask is {mask.shape[0]}x{mask.shape[1]}, '
+                                f'its CT slice is {shape[0]}x{shape[1]}')
+            union |= mask
+        class_masks[class_id] = union
+    return labels.compose(class_masks, shape)
 
 
 def read_patient(source: PatientSource, *, image_size: int | None = None) -> Iterator[tuple[str, dict]]:
@@ -45,7 +69,7 @@ def read_patient(source: PatientSource, *, image_size: int | None = None) -> Ite
     pid = source.patient_id
     with source.open() as (ct, masks):
         ordered = _ct_slices(ct)
-        organs = _organ_files(masks)
+        organs = organ_files(masks)
         if not organs:
             raise DataError(f'{masks.label}: no organ mask folders')
         grouped = labels.folders_by_class(organs)
@@ -67,21 +91,7 @@ def read_patient(source: PatientSource, *, image_size: int | None = None) -> Ite
             index = dicom_series.index_from_name(name)
             if index is None:
                 raise DataError(f'{geometry.name}: file name does not end in a slice number')
-            class_masks = {}
-            for class_id, folders in grouped.items():
-                union = np.zeros(shape, bool)
-                for folder in folders:
-                    path = organs[folder].get(name)
-                    if path is None:
-                        raise DataError(f'{masks.label}/{folder}/{name}: mask slice missing '
-                                        f'for CT slice {geometry.name}')
-                    mask = dicom_series.read_mask(masks.read(path), f'{masks.label}/{path}')
-                    if mask.shape != shape:
-                        raise DataError(f'{masks.label}/{path}: mask is {mask.shape[0]}x{mask.shape[1]}, '
-                                        f'its CT slice is {shape[0]}x{shape[1]}')
-                    union |= mask
-                class_masks[class_id] = union
-            label = labels.compose(class_masks, shape)
+            label = slice_label(masks, organs, grouped, name, shape, geometry.name)
             counts += np.bincount(label.ravel(), minlength=labels.NUM_CLASSES)
             image = dicom_series.read_hu(ct.read(geometry.name[len(ct.label) + 1:]), geometry.name)
             yield f'{pid:02d}_{index:04d}', {
