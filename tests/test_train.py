@@ -156,3 +156,15 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tiny_data_dir, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'Resuming from step {last} of {last + 2}' in result.stderr
     assert str(last + 2) in [p.name for p in checkpoints.iterdir()]
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_data_dir):
+    config = tiny_config(tiny_data_dir, learning_rate=3e-3, dropout_rate=0.0)
+    state = train.create_train_state(jax.random.PRNGKey(0), config, train.create_model(config))
+    p_train, _, _ = train.pmapped_steps(config)
+    batch = next(input_pipeline.train_iterator(config))
+    losses = []
+    for step in range(30):
+        state, step_metrics = p_train(state, batch, jax.random.PRNGKey(step))
+        losses.append(float(step_metrics.compute()['loss']))
+    assert losses[-1] < 0.5 * losses[0], losses
