@@ -95,11 +95,8 @@ def _not_found(name: str, data_dir: str | None, err: BaseException) -> str:
 def _build_hint(builder: tfds.core.DatasetBuilder, name: str) -> str:
     root = builder.data_dir_root
     if builder.name == 'ircad':
-        config_name = builder.builder_config.name
-        config_flag = '' if config_name == ircad.Builder.BUILDER_CONFIGS[0].name else (
-            f' --config {config_name}')
-        command = (f'tfds build fcn_jax/datasets/ircad{config_flag} --manual_dir DIR '
-                   f'--data_dir {root}')
+        command = (f'tfds build fcn_jax/datasets/ircad --config {builder.builder_config.name} '
+                   f'--manual_dir DIR --data_dir {root}')
         return (f'dataset {name} is not built in {root}; build it with `{command}` '
                 '(DIR: a folder with the IRCAD 3Dircadb1.zip archive or its patient folders)')
     return (f'dataset {name} is not built in {root}; build it with '

@@ -215,7 +215,8 @@ def test_real_data_missing(tmp_path):
         input_pipeline.load_builder(config)
     message = str(err.value)
     assert isinstance(err.value, ValueError) and '\n' not in message
-    assert f'tfds build fcn_jax/datasets/ircad --manual_dir DIR --data_dir {tmp_path}' in message
+    assert (f'tfds build fcn_jax/datasets/ircad --config real --manual_dir DIR '
+            f'--data_dir {tmp_path}') in message
     with pytest.raises(input_pipeline.DatasetNotFoundError):
         input_pipeline.train_iterator(config)
     with pytest.raises(input_pipeline.DatasetNotFoundError, match='configs real, phantom') as err:
