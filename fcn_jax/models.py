@@ -22,6 +22,10 @@ VGG16 convs use He-normal init when not loaded from pretrained weights.
 Precision. Convs run in `dtype` (e.g. bfloat16) with float32 parameters. The
 num_classes-channel score head (skip fusion and upsampling) runs in float32: it costs
 next to nothing and keeps the returned logits float32.
+
+Speed on CPU. Some ops are written in forms that XLA's CPU backend runs much faster,
+with the same results: on the CPU backend fc6 and the 1x1 convs are matmuls
+(`conv_as_matmul`), and 2x2 max-pooling has an elementwise gradient (`max_pool_2x2`).
 """
 
 from __future__ import annotations
@@ -117,6 +121,92 @@ def bilinear_upsample(x: jax.Array, factor: int) -> jax.Array:
     return jnp.einsum('nhwc,oh,pw->nopc', x, a_h, a_w, precision=jax.lax.Precision.HIGHEST)
 
 
+def conv_as_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding: Any,
+                   lhs_dilation: Any = None, rhs_dilation: Any = None,
+                   dimension_numbers: Any = None, feature_group_count: int = 1,
+                   precision: Any = None, **kwargs: Any) -> jax.Array:
+    """`lax.conv_general_dilated` computing an NHWC x HWIO stride-1 conv as one matmul.
+
+    The input's k x k patches are gathered by slicing (im2col) and multiplied by the
+    kernel reshaped to [k * k * C_in, C_out]; a 1x1 conv is a plain matmul. Same result
+    as the conv up to float rounding. XLA's CPU convolution is slow on small maps, and
+    dramatically so when the kernel covers the whole map (fc6, a 7x7 kernel over
+    H/32 x W/32 cells: about 30x slower than the matmul at 128 x 128 pixels). Any other
+    conv (strides, dilation, groups, other layouts) goes to `lax.conv_general_dilated`.
+    """
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+    plain = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
+             and all(s == 1 for s in window_strides)
+             and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision, **kwargs)
+    kh, kw, c_in, c_out = rhs.shape
+    _, h, w, _ = lhs.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (1, 1), padding)
+    (top, bottom), (left, right) = padding
+    out_h, out_w = h + top + bottom - kh + 1, w + left + right - kw + 1
+    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    patches = [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)]
+    x = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
+    return jnp.dot(x, rhs.reshape(kh * kw * c_in, c_out), precision=precision)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 of NHWC `x` (H and W even): `nn.max_pool(x, (2, 2), (2, 2))`.
+
+    The gradient is the same as that of `nn.max_pool` (all of it to the first maximum of
+    each window, in row-major order), computed with elementwise selects: XLA's CPU
+    backend lowers the generic max-pool gradient (select-and-scatter) to a slow
+    index-tracking reduce-window and scatter.
+    """
+    return jnp.max(_pool_windows(x), axis=(2, 4))
+
+
+def _pool_windows(x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
+    windows = _pool_windows(x)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(2):
+        cols = []
+        for j in range(2):
+            hit = jnp.logical_and(windows[:, :, i, :, j, :] == y, jnp.logical_not(taken))
+            taken = jnp.logical_or(taken, hit)
+            cols.append(jnp.where(hit, g, 0))
+        rows.append(jnp.stack(cols, axis=3))
+    return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _conv_function(kernel_size: int) -> Any:
+    """The `conv_general_dilated` for an nn.Conv with a square kernel of `kernel_size`.
+
+    On the CPU backend fc6 (7x7) and the 1x1 convs (fc7, score layers) run as matmuls
+    (`conv_as_matmul`); the 3x3 convs, and every conv elsewhere, as `lax` convolutions.
+    """
+    if kernel_size != 3 and jax.default_backend() == 'cpu':
+        return conv_as_matmul
+    return None  # flax's default, lax.conv_general_dilated
+
+
 class FCN(nn.Module):
     """Fully convolutional network on VGG16: FCN-32s, FCN-16s or FCN-8s.
 
@@ -158,14 +248,16 @@ class FCN(nn.Module):
         dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
 
         def conv_relu(y: jax.Array, channels: int, size: int, name: str) -> jax.Array:
-            y = conv(scaled_channels(channels, self.width_multiplier), (size, size), name=name)(y)
+            y = conv(scaled_channels(channels, self.width_multiplier), (size, size), name=name,
+                     conv_general_dilated=_conv_function(size))(y)
             if self.batch_norm:
                 y = norm(name=f'{name}_bn')(y)
             return nn.relu(y)
 
         def score(y: jax.Array, name: str) -> jax.Array:
             y = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=nn.initializers.zeros, name=name)(y)
+                        kernel_init=nn.initializers.zeros, name=name,
+                        conv_general_dilated=_conv_function(1))(y)
             return y.astype(jnp.float32)
 
         def upsample(y: jax.Array, factor: int, name: str) -> jax.Array:
@@ -178,7 +270,7 @@ class FCN(nn.Module):
         for names, channels in VGG16_BLOCKS:
             for name in names:
                 x = conv_relu(x, channels, 3, name)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
             pools.append(x)
         x = dropout()(conv_relu(x, FC_CHANNELS, 7, 'fc6'))
         x = dropout()(conv_relu(x, FC_CHANNELS, 1, 'fc7'))

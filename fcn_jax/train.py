@@ -90,7 +90,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
         return per_example.mean(), (per_example, updates)
 
     (_, (per_example, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, AXIS)
+    if jax.lax.axis_size(AXIS) > 1:  # on one device the gradient is already the mean
+        grads = jax.lax.pmean(grads, AXIS)
     new_state = state.apply_gradients(grads=grads)
     if updates:  # cross-replica BatchNorm: the statistics are already equal on every device
         new_state = new_state.replace(batch_stats=updates['batch_stats'])

@@ -13,9 +13,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from fcn_jax.models import (FCN, MODELS, bilinear_kernel, bilinear_upsample, create_model,
-                            load_vgg16_weights, scaled_channels, upsample_padding,
-                            vgg16_params_from_state_dict)
+from fcn_jax.models import (FCN, MODELS, bilinear_kernel, bilinear_upsample, conv_as_matmul,
+                            create_model, load_vgg16_weights, max_pool_2x2, scaled_channels,
+                            upsample_padding, vgg16_params_from_state_dict)
 from fcn_jax.weights_io import read_npz, read_safetensors, read_state_dict
 
 # rbg keys: XLA on CPU compiles their random bits much faster than threefry's.
@@ -207,6 +207,54 @@ def test_learned_final_upsample_starts_bilinear(variant: str, fcn_variables: dic
     params = {**fcn_variables[variant]['params'], name: {'kernel': bilinear_kernel(factor, 4)}}
     np.testing.assert_allclose(jit_apply(learned)({'params': params}, x),
                                jit_apply(fixed)(fcn_variables[variant], x), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- CPU forms
+
+
+@pytest.mark.parametrize('kernel,shape,padding', [
+    (7, (2, 4, 4, 6), 'SAME'),  # fc6 at 128 x 128 pixels: the kernel covers the map
+    (7, (1, 2, 6, 3), 'SAME'),
+    (3, (2, 8, 5, 4), 'SAME'),
+    (1, (2, 3, 5, 6), 'SAME'),
+    (3, (1, 6, 6, 2), ((0, 2), (1, 0))),
+    (3, (1, 6, 6, 2), 'VALID'),
+])
+def test_conv_as_matmul_matches_lax(kernel: int, shape: tuple[int, ...], padding) -> None:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 5)), jnp.float32)
+    dn = ('NHWC', 'HWIO', 'NHWC')
+
+    def conv(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, (1, 1), padding, dimension_numbers=dn)))
+
+    ref = jax.grad(conv(jax.lax.conv_general_dilated), argnums=(0, 1))
+    got = jax.grad(conv(conv_as_matmul), argnums=(0, 1))
+    np.testing.assert_allclose(conv_as_matmul(x, w, (1, 1), padding, dimension_numbers=dn),
+                               jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+                                                            dimension_numbers=dn),
+                               rtol=1e-5, atol=1e-4)
+    for a, b in zip(got(x, w), ref(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    # Strided convs are left to lax.
+    strided = conv_as_matmul(x, w, (2, 2), 'SAME', dimension_numbers=dn)
+    np.testing.assert_array_equal(
+        strided, jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME', dimension_numbers=dn))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_max_pool_2x2_matches_flax_with_ties(dtype) -> None:
+    rng = np.random.default_rng(0)
+    g = jnp.asarray(rng.normal(size=(2, 4, 6, 3)), dtype)
+    for x in (rng.normal(size=(2, 8, 12, 3)), rng.integers(-2, 3, size=(2, 8, 12, 3))):
+        x = jnp.asarray(x, dtype)
+        y_ref, vjp_ref = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)
+        y, vjp = jax.jit(lambda x: jax.vjp(max_pool_2x2, x))(x)
+        np.testing.assert_array_equal(y, y_ref)
+        # The whole gradient goes to the first maximum of each window, as with nn.max_pool.
+        np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
+        assert vjp(g)[0].dtype == dtype
 
 
 # ---------------------------------------------------------------------------- options
