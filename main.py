@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from fcn_jax import cli_errors, modes
+from fcn_jax import cli_errors, log_filters, modes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, TensorBoard summaries and config.')
@@ -41,6 +41,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    log_filters.quiet_library_logs()
     # TensorFlow only feeds data: keep it off the accelerators JAX uses.
     tf.config.set_visible_devices([], 'GPU')
     if FLAGS.coordinator_address:
