@@ -20,7 +20,8 @@ script also prints XLA's own count (`compiled.cost_analysis()['flops']`). MFU is
 FLOPs per second over the card's dense peak: bfloat16 against the bf16 tensor-core peak,
 float32 against TF32 (which XLA and cuDNN use for float32 by default) and FP32.
 
-JAX and torch share the GPU in one process: JAX does not preallocate its memory here.
+Both run on one card, the first (CUDA_VISIBLE_DEVICES=0 unless set), and share it in one
+process: JAX does not preallocate its memory here.
 The default batch of 16 at 512 px and width 1 takes roughly 10 to 20 GB of GPU memory
 per framework; use `--batch_size` on smaller cards.
 
@@ -259,11 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import torch
 
+    if args.device == 'gpu':
+        common.check_gpu(need_torch=not args.skip_torch)
     torch.set_num_threads(threads)
     if args.device == 'gpu':
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision('high')  # TF32, as XLA's default precision
-        device_name = torch.cuda.get_device_name()
+        device_name = jax.devices()[0].device_kind  # e.g. 'NVIDIA H200'
     else:
         device_name = f'{common.cpu_model()} ({threads} threads)'
     num_devices = jax.local_device_count()

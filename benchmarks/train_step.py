@@ -90,13 +90,34 @@ def configure_environment(device: str, threads: int) -> int:
     threads = threads or usable_cores()
     os.environ['NPROC'] = str(threads)  # XLA's CPU client sizes its thread pools from this
     os.environ['JAX_PLATFORMS'] = 'cuda' if device == 'gpu' else 'cpu'
-    if device == 'gpu':  # leave room on the GPU for torch, in the same process
+    if device == 'gpu':
+        # One card for both frameworks (torch uses one; the peak is per card); leave room
+        # on it for torch, in the same process.
+        os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
         os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     for path in (REPO, REPO / 'benchmarks'):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     return threads
+
+
+def check_gpu(need_torch: bool = True) -> None:
+    """Exits with one line, not a traceback, when JAX (or torch) cannot use an NVIDIA GPU."""
+    import jax
+
+    problems = []
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError):  # JAX_PLATFORMS=cuda and no usable CUDA backend
+        problems.append('JAX finds no CUDA GPU (install it with pip install -e ".[gpu]")')
+    if need_torch:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(f'torch {torch.__version__} cannot use CUDA (install a CUDA build)')
+    if problems:
+        raise SystemExit('--device gpu: ' + '; '.join(problems))
 
 
 def make_batches(image_size: int, batch_size: int, num_devices: int,
@@ -207,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch_fcn
     from fcn_jax import train
 
+    if args.device == 'gpu':
+        check_gpu()
     torch.set_num_threads(threads)
     torch_device = torch.device('cuda' if args.device == 'gpu' else 'cpu')
     if args.device == 'gpu':
