@@ -11,6 +11,8 @@ matrices). The score head runs in float32, also under autocast, as in the flax m
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,11 +23,18 @@ from fcn_jax import models
 NUM_CLASSES = 4
 
 
+@functools.lru_cache(maxsize=None)
+def _interpolation_matrix(size: int, factor: int, device: torch.device) -> torch.Tensor:
+    # Made once per size and device: a copy from host memory every step would also make
+    # every step wait for the GPU.
+    return torch.from_numpy(models._interpolation_matrix(size, factor)).to(device)
+
+
 def bilinear_upsample(y: torch.Tensor, factor: int) -> torch.Tensor:
     """NCHW twin of `fcn_jax.models.bilinear_upsample`: the same separable matmuls."""
     _, _, h, w = y.shape
-    a_h = torch.from_numpy(models._interpolation_matrix(h, factor)).to(y.device)
-    a_w = torch.from_numpy(models._interpolation_matrix(w, factor)).to(y.device)
+    a_h = _interpolation_matrix(h, factor, y.device)
+    a_w = _interpolation_matrix(w, factor, y.device)
     return torch.einsum('nchw,oh,pw->ncop', y, a_h, a_w)
 
 

@@ -159,15 +159,21 @@ def prefetched(host_batches: list[dict], size: int) -> Iterator[dict]:
 
 
 def torch_batch(batch: dict, device: Any, channels_last: bool = False) -> tuple[Any, Any]:
-    """(image NCHW float32, mask int64) torch tensors from a host batch laid out [D, B, ...]."""
+    """(image NCHW float32, mask int64) torch tensors from a host batch laid out [D, B, ...].
+
+    For a GPU the batch is staged in pinned memory first, as `DataLoader(pin_memory=True)`
+    does, so that the copy to the device runs asynchronously (JAX's `device_put` is too).
+    """
     import torch
 
-    image = batch['image'].reshape((-1,) + batch['image'].shape[2:])
-    mask = batch['mask'].reshape((-1,) + batch['mask'].shape[2:])
-    image = torch.from_numpy(image).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    image = torch.from_numpy(batch['image'].reshape((-1,) + batch['image'].shape[2:]))
+    mask = torch.from_numpy(batch['mask'].reshape((-1,) + batch['mask'].shape[2:]))
+    if torch.device(device).type == 'cuda':
+        image, mask = image.pin_memory(), mask.pin_memory()
+    image = image.to(device, non_blocking=True).permute(0, 3, 1, 2)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    mask = torch.from_numpy(mask).to(device, non_blocking=True).long()
+    mask = mask.to(device, non_blocking=True).long()
     return image, mask
 
 
