@@ -223,11 +223,7 @@ def time_torch(args: argparse.Namespace, precision: str, params: Any,
         return (time.perf_counter() - begin) / n
 
     run(1 + args.warmup, 0)
-    seconds = run(args.steps, 1)
-    del net, optimizer
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()  # give the memory back for the next JAX run
-    return seconds
+    return run(args.steps, 1)
 
 
 def time_pipeline(args: argparse.Namespace) -> tuple[float, float]:
@@ -299,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((precision, 'jax', rate))
         if not args.skip_torch:
             torch_step = time_torch(args, precision, params, host_batches)
+            if args.device == 'gpu':
+                torch.cuda.empty_cache()  # the model is gone: give its memory to the next JAX run
             torch_rate = args.batch_size / torch_step
             print(f'  torch {torch_step * 1e3:8.1f} ms/step {torch_rate:8.1f} images/s  '
                   f'{mfu_text(torch_rate * train_flops, precision, peak)}')

@@ -152,8 +152,8 @@ def conv_as_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: Any, padding:
     out_h, out_w = h + top + bottom - kh + 1, w + left + right - kw + 1
     x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
     patches = [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)]
-    x = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
-    return jnp.dot(x, rhs.reshape(kh * kw * c_in, c_out), precision=precision)
+    return jnp.dot(jnp.concatenate(patches, axis=-1), rhs.reshape(kh * kw * c_in, c_out),
+                   precision=precision)
 
 
 @jax.custom_vjp
